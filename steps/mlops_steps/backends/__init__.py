@@ -1,0 +1,1 @@
+"""Backends: `local` (MLflow + this machine) and `azureml` (azure-ai-ml)."""
