@@ -55,7 +55,14 @@ def _flatten(value: Any) -> str:
 def load_spec(kind: str, path: str | Path, input_name: str) -> Any:
     """Load a spec with azure.ai.ml's loader for `kind` (data, job, model, online_endpoint, ...)."""
     read_yaml(path, input_name)  # clear errors for missing files and YAML syntax first
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", module="azure")
     import azure.ai.ml as aml
+
+    for name in ("azure", "azure.ai.ml", "azure.ai.ml._utils._experimental"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # "experimental class" notices on stderr
 
     loader = getattr(aml, f"load_{kind}")
     try:

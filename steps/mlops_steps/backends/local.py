@@ -80,6 +80,7 @@ class LocalBackend:
         """An MlflowClient on the store (mlflow is imported here, not at start-up)."""
         if self._client is None:
             self.ensure_store()
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             for name in ("mlflow", "alembic"):
                 logging.getLogger(name).setLevel(logging.WARNING)
             from mlflow import MlflowClient
@@ -142,9 +143,21 @@ class LocalBackend:
         raise NotFound(f"data asset {ref.name!r} has no label {ref.label!r} (use a version or @latest)")
 
     # -- models ------------------------------------------------------------------------------
+    def _model_dir(self, mv: Any) -> Path:
+        """A local folder holding a model version's files (used in place: the store is local)."""
+        from urllib.parse import unquote, urlparse
+
+        source = str(mv.source)
+        if source.startswith("models:/m-"):  # an MLflow 3 logged model (mlflow.<flavor>.log_model)
+            source = self.client.get_logged_model(source.removeprefix("models:/")).artifact_location
+        if source.startswith("file://"):
+            return Path(unquote(urlparse(source).path))
+        if source.startswith("/"):
+            return Path(source)
+        raise NotFound(f"model {mv.name}:{mv.version} has a non-local source {source}")
+
     def _to_model_version(self, mv: Any, created: bool = False) -> ModelVersion:
-        path = self.client.download_artifacts(mv.run_id, "model") if mv.run_id else mv.source
-        return ModelVersion(mv.name, str(mv.version), Path(path), dict(mv.tags or {}),
+        return ModelVersion(mv.name, str(mv.version), self._model_dir(mv), dict(mv.tags or {}),
                             list(getattr(mv, "aliases", []) or []), created)
 
     def register_model(self, name: str, model_dir: Path, tags: dict[str, str] | None = None,
@@ -220,3 +233,47 @@ class LocalBackend:
     def new_job_name(prefix: str) -> str:
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in prefix)[:40] or "job"
         return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+
+    # -- compare / promote -----------------------------------------------------------------------
+    def model_alias(self, name: str, alias: str) -> ModelVersion | None:
+        """The version holding `alias`, or None when the model or the alias does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = (self.client.get_registered_model(name).aliases or {}).get(alias)
+            if version is None:
+                return None
+            return self._to_model_version(self.client.get_model_version(name, str(version)))
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise BackendFailed(f"cannot read alias {alias!r} of model {name!r}: {exc.message}") from None
+
+    def move_alias(self, name: str, alias: str, version: str) -> str | None:
+        """Point `alias` at `version` (unchanged if already there); the previous version or None.
+
+        Raises NotFound when the model or the version does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        with locked(self.root / "models" / f".{name}.lock"):
+            try:
+                self.client.get_model_version(name, version)
+                previous = (self.client.get_registered_model(name).aliases or {}).get(alias)
+            except MlflowException as exc:
+                if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                    known = [str(v.version) for v in self._search_versions(name)]
+                    raise NotFound(f"model {name}:{version} does not exist in {self.root}"
+                                   + (f" (versions: {', '.join(sorted(known, key=int))})" if known else
+                                      " (no versions registered)")) from None
+                raise BackendFailed(f"cannot read model {name}:{version}: {exc.message}") from None
+            previous = None if previous is None else str(previous)
+            if previous != str(version):
+                self.client.set_registered_model_alias(name, alias, str(version))
+            return previous
+
+    def _search_versions(self, name: str) -> list[Any]:
+        from mlflow.exceptions import MlflowException
+        try:
+            return list(self.client.search_model_versions(f"name='{name}'"))
+        except MlflowException:
+            return []
