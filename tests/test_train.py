@@ -71,6 +71,14 @@ def test_command_job_binds_inputs_outputs_and_mlflow(step, workdir):
     assert {r.data.tags.get("mlops.node") for r in runs} >= {"main"}
 
 
+def test_dry_run_shows_the_plan_and_runs_nothing(step, workdir):
+    _command_job(workdir)
+    res = step("train", "--job", "job.yml", "--dry-run")
+    assert res.code == 0, res
+    assert res.outputs["status"] == "DryRun" and "python job.py --data" in res.stderr
+    assert not (workdir / ".mlops" / "jobs").exists()
+
+
 def test_inputs_from_env_and_overrides(step, workdir):
     _command_job(workdir)
     res = step("train", env={"MLOPS_JOB": "job.yml", "MLOPS_SET_INPUT": "alpha=2"})

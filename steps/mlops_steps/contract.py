@@ -72,6 +72,8 @@ class StepInputs(BaseModel):
     resource_group: str | None = Field(None, description="Azure resource group (azureml backend).")
     workspace_name: str | None = Field(None, description="Azure ML workspace (azureml backend).")
     output_json: str | None = Field(None, description="Also write the outputs to this JSON file.")
+    dry_run: bool = Field(False, description="Show what would be created or sent (entity YAML) and change "
+                          "nothing.")
 
 
 @dataclass

@@ -29,7 +29,6 @@ class Inputs(StepInputs):
         None, description="Asset type; default uri_file for a file, uri_folder for a folder.")
     description: str = Field("", description="Asset description.")
     tags: dict[str, str] = Field(default_factory=dict, description="Tags KEY=VALUE.")
-    dry_run: bool = Field(False, description="Show what would be registered and change nothing.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "Inputs":
@@ -81,7 +80,7 @@ def _check_source(spec: dict[str, Any]) -> None:
 
 def run(inputs: Inputs, backend: Any) -> StepResult:
     specs = _specs(inputs)
-    if inputs.dry_run:
+    if inputs.dry_run and backend.kind == "local":
         rows = [{"name": s["name"], "type": s["type"], "path": s["path"]} for s in specs]
         return StepResult({"assets": rows}, summary=markdown_table(rows, "Data assets (dry run)"))
     registered = []

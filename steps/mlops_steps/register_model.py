@@ -66,6 +66,10 @@ def _model_folder(inputs: Inputs, backend: Any) -> tuple[Path, dict[str, str]]:
 
 def run(inputs: Inputs, backend: Any) -> StepResult:
     folder, provenance = _model_folder(inputs, backend)
+    if inputs.dry_run:
+        row = {"model": inputs.model_name, "source": str(folder), "tags": {**provenance, **inputs.tags}}
+        return StepResult({"model-name": inputs.model_name},
+                          summary=ci.markdown_table([row], "Model to register (dry run)"))
     mv = backend.register_model(inputs.model_name, folder, {**provenance, **inputs.tags}, inputs.description)
     state = "registered" if mv.created else "already registered (identical content)"
     summary = ci.markdown_table([{"model": mv.name, "version": mv.version, "state": state,

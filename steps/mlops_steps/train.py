@@ -256,11 +256,15 @@ def _run_node(node: dict[str, Any], env: dict[str, str], log_file: Path, timeout
 def run(inputs: Inputs, backend: Any) -> StepResult:
     if backend.kind != "local":
         return backend.run_job(inputs)
-    backend.ensure_store()
     job_name = backend.new_job_name(Path(inputs.job).stem)
     job_dir = backend.job_dir(job_name)
     nodes, job_outputs, experiment = _plan(inputs, backend, job_dir)
+    if inputs.dry_run:
+        rows = [{"node": n["name"], "cwd": str(n["cwd"]), "command": n["rendered"]} for n in nodes]
+        return StepResult({"job-name": job_name, "status": "DryRun", "outputs": job_outputs,
+                           "experiment": experiment}, summary=ci.markdown_table(rows, "Job plan (dry run)"))
 
+    backend.ensure_store()
     client = backend.client
     exp_id = backend.experiment_id(experiment)
     parent = client.create_run(exp_id, run_name=job_name, tags={"mlops.job_name": job_name})
