@@ -165,6 +165,8 @@ class LocalBackend:
         """Register an MLflow model folder; identical content returns the existing version."""
         from mlflow.exceptions import MlflowException
 
+        if not (Path(model_dir) / "MLmodel").is_file():
+            raise NotFound(f"{model_dir} is not an MLflow model folder (no MLmodel file)")
         digest = hash_path(model_dir)
         client = self.client
         with locked(self.root / "models" / f".{name}.lock"):
@@ -210,11 +212,14 @@ class LocalBackend:
         self.client.set_registered_model_alias(name, alias, version)
 
     def alias_version(self, name: str, alias: str) -> str | None:
+        """The version holding `alias`; None only when the model or the alias does not exist."""
         from mlflow.exceptions import MlflowException
         try:
             return str(self.client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise BackendFailed(f"cannot read alias {alias!r} of model {name!r}: {exc.message}") from None
 
     # -- jobs ----------------------------------------------------------------------------------
     def job_dir(self, job_name: str) -> Path:
@@ -233,47 +238,3 @@ class LocalBackend:
     def new_job_name(prefix: str) -> str:
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in prefix)[:40] or "job"
         return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
-
-    # -- compare / promote -----------------------------------------------------------------------
-    def model_alias(self, name: str, alias: str) -> ModelVersion | None:
-        """The version holding `alias`, or None when the model or the alias does not exist."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            version = (self.client.get_registered_model(name).aliases or {}).get(alias)
-            if version is None:
-                return None
-            return self._to_model_version(self.client.get_model_version(name, str(version)))
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise BackendFailed(f"cannot read alias {alias!r} of model {name!r}: {exc.message}") from None
-
-    def move_alias(self, name: str, alias: str, version: str) -> str | None:
-        """Point `alias` at `version` (unchanged if already there); the previous version or None.
-
-        Raises NotFound when the model or the version does not exist."""
-        from mlflow.exceptions import MlflowException
-
-        with locked(self.root / "models" / f".{name}.lock"):
-            try:
-                self.client.get_model_version(name, version)
-                previous = (self.client.get_registered_model(name).aliases or {}).get(alias)
-            except MlflowException as exc:
-                if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                    known = [str(v.version) for v in self._search_versions(name)]
-                    raise NotFound(f"model {name}:{version} does not exist in {self.root}"
-                                   + (f" (versions: {', '.join(sorted(known, key=int))})" if known else
-                                      " (no versions registered)")) from None
-                raise BackendFailed(f"cannot read model {name}:{version}: {exc.message}") from None
-            previous = None if previous is None else str(previous)
-            if previous != str(version):
-                self.client.set_registered_model_alias(name, alias, str(version))
-            return previous
-
-    def _search_versions(self, name: str) -> list[Any]:
-        from mlflow.exceptions import MlflowException
-        try:
-            return list(self.client.search_model_versions(f"name='{name}'"))
-        except MlflowException:
-            return []
