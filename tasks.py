@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Project tasks with nothing but Python: `python3 tasks.py demo | test | lock`.
+"""Project tasks with nothing but Python: `python3 tasks.py demo | test | check | lock`.
 
 Each task first makes sure `.venv` holds the package and the pinned tools from
 constraints.txt (re-installed when pyproject.toml or constraints.txt change).
@@ -48,6 +48,11 @@ def test() -> None:
     sh(str(BIN / "python"), "-m", "pytest", "-n", "2", "-q", *sys.argv[2:])
 
 
+def check() -> None:
+    """Static checks of the actions, workflows and ADO templates (tools/check_wrappers.py)."""
+    sh(str(BIN / "python"), str(ROOT / "tools" / "check_wrappers.py"), *sys.argv[2:])
+
+
 def lock() -> None:
     """Re-resolve every extra and rewrite constraints.txt."""
     fresh = ROOT / ".lock-venv"
@@ -59,7 +64,7 @@ def lock() -> None:
         "# Regenerate: python3 tasks.py lock\n" + frozen)
 
 
-TASKS = {"demo": demo, "test": test, "lock": lock}
+TASKS = {"demo": demo, "test": test, "check": check, "lock": lock}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in TASKS:
