@@ -165,8 +165,8 @@ class LocalBackend:
         """Register an MLflow model folder; identical content returns the existing version."""
         from mlflow.exceptions import MlflowException
 
-        if not (Path(model_dir) / "MLmodel").is_file():
-            raise NotFound(f"{model_dir} is not an MLflow model folder (no MLmodel file)")
+        if not Path(model_dir).is_dir():  # an MLflow model, or a custom model folder for a score.py
+            raise NotFound(f"model folder not found: {model_dir}")
         digest = hash_path(model_dir)
         client = self.client
         with locked(self.root / "models" / f".{name}.lock"):
