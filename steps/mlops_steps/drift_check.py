@@ -11,7 +11,6 @@ drift.md and PNG charts to --report-dir (not with --dry-run). Exit 1 when drift 
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -407,7 +406,7 @@ def _markdown(report: dict) -> str:
 
 def _publish(folder: Path, report: dict, features: list[dict], worst: int) -> str:
     """Write the report into a temporary sibling and swap it in whole."""
-    from .files import write_json_atomic
+    from .files import replace_folder, write_json_atomic
 
     where = describe_input("report_dir")
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir())
@@ -425,11 +424,7 @@ def _publish(folder: Path, report: dict, features: list[dict], worst: int) -> st
         markdown = _markdown(report)
         (tmp / "drift.md").write_text(markdown, encoding="utf-8")
         write_json_atomic(tmp / "drift.json", _jsonable(report))
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
-            os.replace(folder, old / "report")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return markdown

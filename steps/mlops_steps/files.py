@@ -72,3 +72,12 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def replace_folder(staged: Path, folder: Path) -> None:
+    """Put a fully written staged folder (a sibling of `folder`) in its place; the old one goes."""
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
+        os.replace(folder, old / "content")
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(staged, folder)

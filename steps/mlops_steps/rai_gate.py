@@ -9,7 +9,6 @@ evaluate); with `on_violation: warn` a violation passes with needs-review=true.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -506,7 +505,7 @@ def _publish(folder: Path, report: dict, clock: _Clock, policy: Policy) -> str:
     """Write the report into a temporary sibling and swap it in whole."""
     import json
 
-    from .files import write_text_atomic
+    from .files import replace_folder, write_text_atomic
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -517,11 +516,7 @@ def _publish(folder: Path, report: dict, clock: _Clock, policy: Policy) -> str:
         markdown = _markdown(report)
         (tmp / "rai_gate.md").write_text(markdown, encoding="utf-8")
         write_text_atomic(tmp / "rai_gate.json", json.dumps(report, indent=2, default=str) + "\n")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
-            os.replace(folder, old / "report")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return markdown
