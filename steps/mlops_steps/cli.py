@@ -14,8 +14,21 @@ from . import __version__
 # step name -> (module under mlops_steps, one-line help). Add a line here to add a step.
 STEPS: dict[str, tuple[str, str]] = {
     "register-data": ("register_data", "Register data assets (content-addressed versions)."),
+    "install-cli": ("install_cli", "Install the Azure CLI and ml extension, pinned."),
+    "job-wait": ("job_wait", "Wait for a job started with train --no-wait."),
+    "promote-model": ("promote_model", "Copy a model version to a registry or workspace."),
     "train": ("train", "Run an Azure ML CLI v2 command or pipeline job."),
-    "register-model": ("register_model", "Register an MLflow model directory as a model version."),
+    "register-model": ("register_model", "Register an MLflow model folder as a version."),
+    "deploy-online": ("deploy_online", "Deploy a model version to an online endpoint."),
+    "endpoint": ("endpoint", "Local online endpoints: list, show, invoke, logs, delete."),
+    "rai-gate": ("rai_gate", "Responsible-AI gate: performance, fairness, features."),
+    "drift-check": ("drift_check", "Data drift gate with Azure ML monitoring metrics."),
+    "onnx-export": ("onnx_export", "Convert to ONNX, check parity, register the version."),
+    "deploy-batch": ("deploy_batch", "Score files with a batch endpoint deployment."),
+    "compare": ("compare", "Champion/challenger gate against the champion alias."),
+    "promote": ("promote", "Move the champion alias to an explicit version."),
+    "scan": ("scan", "Dependency and code security scan, SARIF."),
+    "manifest": ("manifest", "Audit manifest: version, commit, file hashes, tools."),
 }
 
 

@@ -431,9 +431,8 @@ def _result(record: dict[str, Any]) -> StepResult:
 
 
 def run(inputs: Inputs, backend: Any) -> StepResult:
-    if backend.kind != "local":
-        raise BadInput(describe_input("backend"), "deploy-batch runs batch jobs on the local backend only "
-                       "(use az ml batch-endpoint invoke for a workspace)")
+    if backend.kind == "azureml":
+        return backend.deploy_batch(inputs)
     p = plan(inputs, backend)
     digest = fingerprint(p, inputs.output)
     job = inputs.job_name or f"{_safe(p.deployment)}-{digest[:12]}"

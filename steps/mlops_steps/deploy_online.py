@@ -495,8 +495,8 @@ def _traffic(spec: Spec, state: dict[str, Any]) -> dict[str, int]:
 def run(inputs: Inputs, backend: Any) -> StepResult:
     from .models import resolve_model
 
-    if backend.kind != "local":
-        raise BadInput(describe_input("backend"), "deploy-online supports the local backend only so far")
+    if backend.kind == "azureml":
+        return backend.deploy_online(inputs)
     spec = _spec(inputs)
     model = resolve_model(backend, spec.model_ref, spec.model_input, inputs.allow_latest)
     if spec.code is None and not (Path(model.path) / "MLmodel").is_file():

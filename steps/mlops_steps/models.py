@@ -47,6 +47,8 @@ def resolve_model(backend: Any, ref: str, input_name: str, allow_latest: bool = 
 
 def resolve_data_path(backend: Any, ref: str, input_name: str) -> Path:
     """A local path for a file/folder path or a registered data asset (`azureml:name:version`)."""
+    if ref.startswith("azureml://") and hasattr(backend, "download_uri"):
+        return backend.download_uri(ref)
     if ref.startswith("azureml:"):
         parsed = parse_ref(ref)
         if parsed is None:

@@ -65,8 +65,10 @@ def _model_folder(inputs: Inputs, backend: Any) -> tuple[Path, dict[str, str]]:
 
 
 def run(inputs: Inputs, backend: Any) -> StepResult:
+    if backend.kind == "azureml" and inputs.job_name:
+        return backend.register_job_model(inputs)
     folder, provenance = _model_folder(inputs, backend)
-    if inputs.dry_run:
+    if inputs.dry_run and backend.kind == "local":
         row = {"model": inputs.model_name, "source": str(folder), "tags": {**provenance, **inputs.tags}}
         return StepResult({"model-name": inputs.model_name},
                           summary=ci.markdown_table([row], "Model to register (dry run)"))

@@ -49,7 +49,12 @@ class Inputs(StepInputs):
                                       description="Override a job input: NAME=VALUE.")
     experiment_name: str | None = Field(None, description="Experiment name (default: the YAML's, "
                                         "else its folder name).")
-    timeout_minutes: float | None = Field(None, gt=0, description="Fail a node that runs longer.")
+    timeout_minutes: float | None = Field(None, gt=0, description="Fail a node that runs longer "
+                                          "(azureml: stop waiting for the job after this long).")
+    wait: bool = Field(True, description="azureml: wait for the job to end; --no-wait prints its job-name "
+                       "at once (then use job-wait).")
+    compute: str | None = Field(None, description="azureml: compute target, overriding the YAML's "
+                                "compute / settings.default_compute.")
 
 
 # -- specs -------------------------------------------------------------------------------------------
