@@ -607,6 +607,15 @@ class AzureMLBackend:
         text = entity_yaml(entity) + (hash_path(code) if code and code.is_dir() else "")
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def _ensure_endpoint(self, ops: Any, endpoint: Any, kind: str) -> tuple[Any, bool]:
+        """The endpoint as it is in the workspace, created first if missing; and whether it was."""
+        current = self._get_or_none(ops, endpoint.name)
+        if current is not None:
+            return current, False
+        ci.log(f"creating {kind} endpoint {endpoint.name}")
+        ops.begin_create_or_update(endpoint).result()
+        return ops.get(endpoint.name), True
+
     def _get_or_none(self, operations: Any, *args: Any, **kwargs: Any) -> Any:
         from azure.core.exceptions import ResourceNotFoundError
         try:
@@ -673,12 +682,7 @@ class AzureMLBackend:
         changed = False
         with azure_errors(f"deploy online endpoint {name}"):
             ops = self.client.online_endpoints
-            current = self._get_or_none(ops, name)
-            if current is None:
-                ci.log(f"creating online endpoint {name}")
-                ops.begin_create_or_update(endpoint).result()
-                current = ops.get(name)
-                changed = True
+            current, changed = self._ensure_endpoint(ops, endpoint, "online")
             traffic_before = dict(current.traffic or {})
             names = set(traffic_before) | {deployment.name}
             unknown = sorted(set(wanted_traffic) - names)
@@ -794,11 +798,7 @@ class AzureMLBackend:
                               summary=f"### Batch endpoint {name} (dry run)\n\nWould invoke on `{source}`.")
         with azure_errors(f"deploy batch endpoint {name}"):
             ops = self.client.batch_endpoints
-            current = self._get_or_none(ops, name)
-            if current is None:
-                ci.log(f"creating batch endpoint {name}")
-                ops.begin_create_or_update(endpoint).result()
-                current = ops.get(name)
+            current, _ = self._ensure_endpoint(ops, endpoint, "batch")
             existing = self._get_or_none(self.client.batch_deployments, deployment.name, name)
             if existing is None or (existing.tags or {}).get("mlops.config_sha256") != digest:
                 ci.log(f"creating or updating batch deployment {deployment.name}")
